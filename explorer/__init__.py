@@ -1,0 +1,1 @@
+"""TRAK Explorer: demo data, models and training around the ``trak_engine`` package."""

@@ -1,0 +1,140 @@
+"""The ``trak-explorer`` command line.
+
+``trak-explorer demo [--port N] [--workdir DIR]`` builds the demo artifacts if they are missing
+(progress on stderr), then serves the app on 127.0.0.1:N. ``build`` only builds; ``serve``
+only serves an existing artifact directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from trak_engine.errors import TrakError
+
+DEFAULT_PORT = 8501
+
+
+def default_workdir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "trak-explorer" / "demo"
+
+
+class StageBars:
+    """A progress callback ``(stage, done, total)`` drawing one tqdm bar per stage."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self.disable = disable
+        self.bar: tqdm | None = None
+        self.stage = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(
+                total=total,
+                desc=stage,
+                file=sys.stderr,
+                disable=self.disable,
+                leave=True,
+                dynamic_ncols=True,
+            )
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def build(workdir: Path, quiet: bool = False) -> None:
+    from explorer.demo import build_demo
+
+    bars = StageBars(disable=quiet)
+    try:
+        info = build_demo(workdir, progress=bars)
+    finally:
+        bars.close()
+    total = info.get("timings", {}).get("total_s")
+    if not quiet:
+        print(
+            f"demo artifacts ready in {workdir}"
+            + (f" (built in {total:.0f} s)" if total else " (reused)"),
+            file=sys.stderr,
+        )
+
+
+def serve_workdir(workdir: Path, port: int, quiet: bool) -> int:
+    from explorer.artifacts import is_complete
+    from explorer.serve import serve
+
+    if not is_complete(workdir):
+        raise FileNotFoundError(
+            f"no complete artifacts in {workdir}; build them with "
+            f"`trak-explorer demo --workdir {workdir}`"
+        )
+    if not quiet:
+        print(f"TRAK Explorer: http://127.0.0.1:{port}  (Ctrl-C stops it)", file=sys.stderr)
+    return serve(workdir, port)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trak-explorer", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in [
+        ("demo", "build the demo artifacts if missing, then serve the app"),
+        ("build", "build the demo artifacts only"),
+        ("serve", "serve the app on an existing artifact directory"),
+    ]:
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument(
+            "--workdir",
+            type=Path,
+            default=default_workdir(),
+            help="artifact directory (default: %(default)s)",
+        )
+        if name != "build":
+            cmd.add_argument(
+                "--port",
+                type=int,
+                default=DEFAULT_PORT,
+                help="port on 127.0.0.1 (default: %(default)s)",
+            )
+        cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if hasattr(args, "port") and not 0 < args.port < 65536:
+        print(f"trak-explorer: --port must be in 1..65535, got {args.port}", file=sys.stderr)
+        return 2
+    try:
+        if args.command in ("demo", "build"):
+            build(args.workdir, args.quiet)
+        if args.command in ("demo", "serve"):
+            return serve_workdir(args.workdir, args.port, args.quiet)
+    except (TrakError, FileNotFoundError, ValueError) as err:
+        print(f"trak-explorer: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "trak-explorer: interrupted; finished work is kept and reused next time",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
