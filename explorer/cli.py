@@ -110,7 +110,57 @@ def parser() -> argparse.ArgumentParser:
                 help="port on 127.0.0.1 (default: %(default)s)",
             )
         cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_bench_parser(sub)
     return p
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    """``bench lds``: the LDS benchmark of explorer.bench (see docs/lds-demo.md)."""
+    bench = sub.add_parser("bench", help="measure attribution quality")
+    kinds = bench.add_subparsers(dest="bench", required=True)
+    text = "LDS of TRAK on the demo task over a grid of proj_dim, lam and checkpoints"
+    cmd = kinds.add_parser("lds", help=text, description=text)
+    cmd.add_argument(
+        "--workdir",
+        type=Path,
+        default=default_workdir().with_name("bench-lds"),
+        help="checkpoints, ground truth and features, reused (default: %(default)s)",
+    )
+    cmd.add_argument("--subsets", type=int, default=100, help="retrained subsets (default: 100)")
+    cmd.add_argument("--targets", type=int, default=200, help="test targets (default: 200)")
+    cmd.add_argument("--checkpoints", type=int, nargs="+", default=[3], help="default: 3")
+    cmd.add_argument("--proj-dim", type=int, nargs="+", default=[2048], help="default: 2048")
+    cmd.add_argument("--lam", type=float, nargs="+", default=[0.01], help="default: 0.01")
+    cmd.add_argument(
+        "--unprojected",
+        action="store_true",
+        help="also unprojected TRAK and gradient inner products (0.5 GB)",
+    )
+    cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def bench_lds_command(args: argparse.Namespace) -> None:
+    from explorer.bench import bench_lds, format_table
+    from explorer.lds_task import GroundTruthConfig
+
+    truth = GroundTruthConfig(n_subsets=args.subsets, n_targets=args.targets)
+    bars = StageBars(disable=args.quiet)
+    try:
+        rows = bench_lds(
+            args.workdir,
+            truth_config=truth,
+            proj_dims=args.proj_dim,
+            lams=args.lam,
+            checkpoints=args.checkpoints,
+            unprojected=args.unprojected,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+    print(format_table(rows))
+    for row in rows:
+        if row.note:
+            print(f"k={row.proj_dim} lam={row.lam:g} ckpts={row.n_checkpoints}: {row.note}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trak-explorer: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
+        if args.command == "bench":
+            bench_lds_command(args)
         if args.command in ("demo", "build"):
             build(args.workdir, args.quiet)
         if args.command in ("demo", "serve"):

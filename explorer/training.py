@@ -1,9 +1,10 @@
 """Seeded training and prediction for the demo models.
 
 Training is plain mini-batch SGD with momentum 0.9 and a learning rate that decays linearly to
-zero over all steps, on the cross-entropy loss. Given the same seed, data and torch build, it
-returns bit-identical weights on the CPU: the initialization is seeded by :func:`init_model`
-and the shuffling by a private ``torch.Generator``, so no global RNG state is used or changed.
+zero over all steps, on the cross-entropy loss. Given the same seed, data, torch build and
+thread count, it returns bit-identical weights on the CPU: the initialization is seeded by
+:func:`init_model` and the shuffling by a private ``torch.Generator``, so no global RNG state is
+used or changed.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class TrainRecipe:
 
 
 RECIPES: dict[str, TrainRecipe] = {
-    # 4,000 digits, 5% flipped labels: 95.6-96.8% test accuracy over seeds 0-2, about 2 s per
-    # checkpoint on 2 CPU cores.
+    # 4,000 digits, 5% flipped labels: 95.8-96.8% test accuracy over seeds 0-2, 2-3 s per
+    # checkpoint on 2 otherwise idle CPU cores (far slower when the cores are oversubscribed).
     "cnn": TrainRecipe(epochs=6, lr=0.05, batch_size=64, weight_decay=5e-4),
     # Same data: 92.3-92.9% test accuracy, under a second per checkpoint.
     "mlp": TrainRecipe(epochs=6, lr=0.05, batch_size=64, weight_decay=5e-4),

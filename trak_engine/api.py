@@ -122,7 +122,7 @@ def featurize(
     config: TrakConfig,
     store_dir: str | os.PathLike[str],
     *,
-    batch_size: int = 64,
+    batch_size: int = 256,
     chunk_size: int = 1024,
     device: str | torch.device | None = None,
     max_proj_bytes: int = DEFAULT_MAX_BYTES,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-Data = Union[tuple[Tensor, Tensor], Dataset]
+Data = tuple[Tensor, Tensor] | Dataset
 
 
 def check_data(data: Data, name: str) -> None:
