@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
-from explorer import views
+from explorer import maps, overview, views
 from explorer.artifacts import ExplorerData, load_explorer_data
 from explorer.serve import workdir_from_env
 
@@ -52,9 +53,52 @@ def load_data(workdir: Path | None = None) -> ExplorerData:
     return _load(str(workdir), artifact_stamp(workdir))
 
 
+def load_or_stop() -> ExplorerData:
+    """The artifacts, or an error on the page that says how to build them (the script stops)."""
+    workdir = current_workdir()
+    build = f"`trak-explorer demo --workdir {workdir}`"
+    try:
+        return load_data(workdir)
+    except FileNotFoundError:
+        st.error(
+            f"📂 No TRAK Explorer artifacts in `{workdir}`.\n\nBuild them with {build}, or point "
+            "`TRAK_EXPLORER_WORKDIR` at a directory that has them, then reload this page."
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        st.error(
+            f"⚠️ The artifacts in `{workdir}` could not be read: {exc}\n\nRebuild them with {build}."
+        )
+    st.stop()
+
+
 def thumbnails(split: str, scale: int, workdir: Path | None = None) -> views.Thumbnails:
     """Shared thumbnail encoder of the ``"test"`` or ``"train"`` images at ``scale``."""
     if split not in ("test", "train"):
         raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     workdir = current_workdir() if workdir is None else workdir
     return _thumbnails(str(workdir), artifact_stamp(workdir), split, scale)
+
+
+@st.cache_resource(show_spinner="Averaging scores class by class…", max_entries=2)
+def _class_influence(workdir: str, stamp: int) -> np.ndarray:
+    data = _load(workdir, stamp)
+    n_classes = len(data.class_names)
+    return overview.class_influence(data.scores, data.train_labels, data.test_labels, n_classes)
+
+
+@st.cache_resource(show_spinner="Mapping the training set (PCA of its features)…", max_entries=2)
+def _train_map(workdir: str, stamp: int) -> maps.TrainMap:
+    return maps.train_map(workdir, len(_load(workdir, stamp).train_labels))
+
+
+def class_influence(workdir: Path | None = None) -> np.ndarray:
+    """(n_classes, n_classes) mean score of each training label on each test class, once per
+    server (``overview.class_influence``)."""
+    workdir = current_workdir() if workdir is None else workdir
+    return _class_influence(str(workdir), artifact_stamp(workdir))
+
+
+def train_map(workdir: Path | None = None) -> maps.TrainMap:
+    """The 2-D training map (``maps.train_map``): read from the workdir, or computed once."""
+    workdir = current_workdir() if workdir is None else workdir
+    return _train_map(str(workdir), artifact_stamp(workdir))

@@ -2,8 +2,8 @@
 
 The app finds its artifacts through one environment variable, ``TRAK_EXPLORER_WORKDIR``
 (the directory written by ``save_explorer_data``); ``serve`` sets it for the server it starts.
-Started by hand (``streamlit run streamlit_app.py``) without the variable, the app reads the
-default directory of the ``trak-explorer`` command (``explorer.cli.default_workdir()``).
+Started by hand (``streamlit run explorer/streamlit_app.py``) without the variable, the app
+reads the default directory of the ``trak-explorer`` command (``explorer.cli.default_workdir()``).
 """
 
 from __future__ import annotations
@@ -34,18 +34,19 @@ def workdir_from_env(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def app_path() -> Path:
-    """``streamlit_app.py`` at the repository root, next to the ``explorer`` package.
+    """``explorer/streamlit_app.py``, whose pages live in the checkout's ``pages/`` folder.
 
     Raises:
         FileNotFoundError: the package was installed without the repository (not editable),
             so the app's entry script and pages are not on disk next to it.
     """
-    path = Path(explorer.__file__).resolve().parent.parent / "streamlit_app.py"
-    if not path.is_file():
+    package = Path(explorer.__file__).resolve().parent
+    path, pages = package / "streamlit_app.py", package.parent / "pages"
+    if not path.is_file() or not pages.is_dir():
         raise FileNotFoundError(
-            f"the Streamlit entry script is not at {path}: the app runs from a checkout of the "
+            f"the app's pages are not at {pages}: the app runs from a checkout of the "
             "repository. Install it editable (`pip install -e .` in the checkout) or run "
-            "`streamlit run streamlit_app.py` there."
+            "`streamlit run explorer/streamlit_app.py` there."
         )
     return path
 

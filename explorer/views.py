@@ -33,6 +33,10 @@ RESULT_SCALE = 4
 TARGET_SCALE = 8
 LOG_COUNTS_FROM = 1000
 """Score histograms of at least this many training examples count on a log axis."""
+HELPFUL_COLOR = "#2e7d32"
+HARMFUL_COLOR = "#c62828"
+DIVERGING_SCALE = "PiYG"
+"""Scores on maps and heatmaps: pink below 0 (harmful), green above (helpful), white at 0."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,47 @@ def row_of(page_ids: np.ndarray, item: int | None) -> int | None:
     return int(where[0]) if len(where) else None
 
 
+def step_target(ids: np.ndarray, current: int | None, delta: int) -> int | None:
+    """The test id ``delta`` steps from ``current`` in the filtered, ascending ``ids``.
+
+    From no selection, a step forward lands on the first id and a step back on the last. From
+    an id the filters hide, a step forward lands on the next larger id and back on the next
+    smaller one. None when the step leaves the list (or it is empty): nothing to step to.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if delta == 0:
+        raise ValueError("delta must be a non-zero number of steps, got 0")
+    if len(ids) == 0:
+        return None
+    if current is None:
+        return int(ids[0] if delta > 0 else ids[-1])
+    where = np.flatnonzero(ids == current)
+    if len(where):
+        position = int(where[0]) + delta
+    else:
+        # ids are ascending: the insertion point splits smaller from larger ids.
+        insert = int(np.searchsorted(ids, current))
+        position = insert + delta - 1 if delta > 0 else insert + delta
+    return int(ids[position]) if 0 <= position < len(ids) else None
+
+
+def step_page(page: int, n_pages: int, delta: int) -> int | None:
+    """Page ``page + delta`` when it lies in [1, n_pages], else None."""
+    target = page + delta
+    return target if 1 <= target <= n_pages else None
+
+
+SHORTCUTS: tuple[tuple[str, str], ...] = (
+    ("J", "next test image in the gallery (in the filtered order)"),
+    ("K", "previous test image in the gallery"),
+    ("L", "next gallery page"),
+    ("H", "previous gallery page"),
+    ("?", "this list of shortcuts"),
+    ("Esc", "close this list"),
+)
+"""(key, action) of every keyboard shortcut on the Explore page."""
+
+
 def class_options(class_names: Sequence[str]) -> list[str]:
     """Options of a class filter: ``"all"`` then one per class name."""
     return [ALL_CLASSES, *class_names]
@@ -257,7 +302,8 @@ def gallery_table(data: ExplorerData, ids: np.ndarray, thumbs: Thumbnails) -> pd
     )
 
 
-def _nowrap(text: str) -> str:
+def nowrap(text: str) -> str:
+    """``text`` with non-breaking spaces: a caption wraps around it, never inside it."""
     return text.replace(" ", "\u00a0")
 
 
@@ -274,10 +320,10 @@ def result_caption(
     A flipped label reads ``"🚩 #12 · +0.53 label 3 (flipped, true 5)"``. Non-breaking spaces
     keep each part whole when the caption wraps under a narrow thumbnail.
     """
-    head = _nowrap(f"{'🚩 ' if flipped else ''}#{train_id} · {score:+.3g}")
-    text = f"{head} {_nowrap('label ' + class_name(label, class_names))}"
+    head = nowrap(f"{'🚩 ' if flipped else ''}#{train_id} · {score:+.3g}")
+    text = f"{head} {nowrap('label ' + class_name(label, class_names))}"
     if flipped:
-        text += f" (flipped, {_nowrap('true ' + class_name(true_label, class_names))})"
+        text += f" (flipped, {nowrap('true ' + class_name(true_label, class_names))})"
     return text
 
 
@@ -351,8 +397,8 @@ def score_histogram(
     fig = go.Figure(go.Histogram(x=scores, nbinsx=bins, marker_color="#8c9aae", name="scores"))
     low, high = (float(scores.min()), float(scores.max())) if scores.size else (0.0, 0.0)
     for cut, color, text, side, edge in (
-        (helpful_cut, "#2e7d32", "helpful top-k", "top right", high),
-        (harmful_cut, "#c62828", "harmful top-k", "top left", low),
+        (helpful_cut, HELPFUL_COLOR, "helpful top-k", "top right", high),
+        (harmful_cut, HARMFUL_COLOR, "harmful top-k", "top left", low),
     ):
         if cut is None:
             continue
@@ -380,3 +426,38 @@ def score_histogram(
         # Log counts so the sparse tails the top-k lists come from stay visible.
         fig.update_yaxes(type="log", dtick=1)
     return fig
+
+
+TOP_K_COLUMNS = ("id", "label", "true label", "flipped", "score", "rank", "kind")
+
+
+def top_k_frame(data: ExplorerData, helpful: Attribution, harmful: Attribution) -> pd.DataFrame:
+    """One row per shown training example: helpful rows (rank order), then harmful ones.
+
+    Columns ``TOP_K_COLUMNS``: training id, the label it was trained with, its true label
+    (they differ where ``flipped``), score, 1-based rank within its list, and kind
+    (``"helpful"`` or ``"harmful"``). Labels are class names.
+    """
+    names = data.class_names
+    frames = []
+    for kind, result in (("helpful", helpful), ("harmful", harmful)):
+        ids = result.ids
+        frames.append(
+            pd.DataFrame(
+                {
+                    "id": ids,
+                    "label": [class_name(int(c), names) for c in data.train_labels[ids]],
+                    "true label": [class_name(int(c), names) for c in data.train_true_labels[ids]],
+                    "flipped": data.flipped[ids].astype(bool),
+                    "score": result.scores.astype(np.float64),
+                    "rank": np.arange(1, len(ids) + 1),
+                    "kind": kind,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)[list(TOP_K_COLUMNS)]
+
+
+def top_k_csv(frame: pd.DataFrame) -> str:
+    """CSV text of ``top_k_frame`` (no index column; scores with full float32 precision)."""
+    return frame.to_csv(index=False, float_format="%.9g")

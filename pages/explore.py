@@ -3,6 +3,11 @@
 Everything a user picks lives in the URL (widgets bound to query parameters), so a link
 reopens the same view: ``test`` (selected test id), ``true`` / ``pred`` (class filters),
 ``outcome`` (all, correct, incorrect), ``page`` (gallery page, 1-based) and ``k`` (top-k).
+
+Keyboard shortcuts (``views.SHORTCUTS``): J / K step to the next / previous test image of the
+filtered gallery, L / H turn its pages, ? lists them. The training map (PCA of the training
+features, ``explorer.maps``) is coloured by the target's scores; a lasso or box selection on it
+shows the selected training images.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any
 
 import streamlit as st
 
-from explorer import app_state, views
+from explorer import app_state, maps, views
 from explorer.artifacts import ExplorerData
 
 GALLERY_KEY = "gallery"
@@ -20,24 +25,28 @@ GALLERY_ROW_HEIGHT = 48
 GALLERY_HEIGHT = 560
 DEFAULT_K = 12
 MAX_K = 48
-
-
-def load_or_stop() -> ExplorerData:
-    """The artifacts, or an error that says how to build them (and the script stops)."""
-    workdir = app_state.current_workdir()
-    build = f"`trak-explorer demo --workdir {workdir}`"
-    try:
-        return app_state.load_data(workdir)
-    except FileNotFoundError:
-        st.error(
-            f"📂 No TRAK Explorer artifacts in `{workdir}`.\n\nBuild them with {build}, or point "
-            "`TRAK_EXPLORER_WORKDIR` at a directory that has them, then reload this page."
-        )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        st.error(
-            f"⚠️ The artifacts in `{workdir}` could not be read: {exc}\n\nRebuild them with {build}."
-        )
-    st.stop()
+MAP_KEY = "train_map"
+MAX_SELECTED = 60  # training images shown for a map selection (the caption gives the count)
+SELECTED_SCALE = 3
+HELP_BUTTON_KEY = "shortcuts_help"
+HELP_KEY_SCRIPT = f"""<script>
+(() => {{
+  // "?" opens the shortcut list: Streamlit's own shortcuts take no punctuation keys.
+  if (window.__trakHelpKey) return;
+  window.__trakHelpKey = true;
+  document.addEventListener("keydown", (event) => {{
+    if (event.key !== "?" || event.ctrlKey || event.metaKey || event.altKey) return;
+    const target = event.target;
+    if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)))
+      return;
+    const button = document.querySelector(".st-key-{HELP_BUTTON_KEY} button");
+    if (button) {{
+      event.preventDefault();
+      button.click();
+    }}
+  }});
+}})();
+</script>"""
 
 
 def _first_page() -> None:
@@ -56,8 +65,22 @@ def _go_to_page(page: int) -> None:
     st.session_state["page"] = page
 
 
-def sidebar_controls(data: ExplorerData) -> tuple[views.Filters, int | None, int]:
-    """Filters, selected test id and k, each bound to its URL parameter."""
+def _go_to_target(test_id: int, page: int) -> None:
+    st.session_state["test"] = test_id
+    _go_to_page(page)
+
+
+def _turn_page(delta: int, n_pages: int) -> None:
+    target = views.step_page(int(st.session_state.get("page") or 1), n_pages, delta)
+    if target is not None:
+        _go_to_page(target)
+
+
+def sidebar_controls(
+    data: ExplorerData,
+) -> tuple[views.Filters, int | None, int, st.delta_generator.DeltaGenerator]:
+    """Filters, selected test id, k (each bound to its URL parameter), and an empty container
+    under the test id for the navigation buttons (they need the filtered ids)."""
     names = data.class_names
     options = views.class_options(names)
     with st.sidebar:
@@ -72,6 +95,7 @@ def sidebar_controls(data: ExplorerData) -> tuple[views.Filters, int | None, int
             bind="query-params",
             placeholder="pick one in the gallery",
         )
+        nav = st.container()
         n_train = len(data.train_labels)
         k = min(DEFAULT_K, n_train)
         if n_train > 1:
@@ -97,12 +121,53 @@ def sidebar_controls(data: ExplorerData) -> tuple[views.Filters, int | None, int
         pred_class=views.parse_class_option(pred_class, names),
         outcome=outcome,
     )
-    return filters, None if test_id is None else int(test_id), int(k)
+    return filters, None if test_id is None else int(test_id), int(k), nav
 
 
-def gallery(data: ExplorerData, filters: views.Filters, test_id: int | None) -> None:
-    """Paged table of the filtered test images; selecting a row selects that test image."""
-    ids = views.filter_test_ids(data.test_labels, data.test_pred, filters)
+@st.dialog("⌨️ Keyboard shortcuts")
+def shortcuts_dialog() -> None:
+    rows = "\n".join(f"| `{key}` | {action} |" for key, action in views.SHORTCUTS)
+    st.markdown(f"| key | action |\n| --- | --- |\n{rows}")
+    st.caption("Shortcuts act when no text field has the focus (click an empty spot first).")
+
+
+def navigation(ids, test_id: int | None) -> None:
+    """Buttons (with shortcuts) stepping through the filtered test images and gallery pages,
+    and the button (and ``?`` key) that lists the shortcuts."""
+    n_pages = views.count_pages(len(ids))
+    steps = (("◀ Prev", "K", -1, "previous"), ("Next ▶", "J", 1, "next"))
+    for column, (label, key, delta, word) in zip(st.columns(2), steps, strict=True):
+        target = views.step_target(ids, test_id, delta)
+        page = None if target is None else views.page_of(ids, target)
+        column.button(
+            label,
+            key=f"step_{word}",
+            shortcut=key,
+            help=f"Select the {word} test image of the gallery",
+            on_click=_go_to_target,
+            args=(target, page),
+            disabled=target is None,
+            width="stretch",
+        )
+    pages = (("⏪ Page", "H", -1, "previous"), ("Page ⏩", "L", 1, "next"))
+    for column, (label, key, delta, word) in zip(st.columns(2), pages, strict=True):
+        column.button(
+            label,
+            key=f"page_{word}",
+            shortcut=key,
+            help=f"Show the {word} page of the gallery",
+            on_click=_turn_page,
+            args=(delta, n_pages),
+            disabled=n_pages == 1,
+            width="stretch",
+        )
+    if st.button("⌨️ Shortcuts", key=HELP_BUTTON_KEY, help="Or press ?", width="stretch"):
+        shortcuts_dialog()
+    st.html(HELP_KEY_SCRIPT, unsafe_allow_javascript=True)
+
+
+def gallery(data: ExplorerData, ids, test_id: int | None) -> None:
+    """Paged table of the filtered test ``ids``; selecting a row selects that test image."""
     st.subheader("🖼️ Test images")
     if len(ids) == 0:
         st.info("No test images match these filters.")
@@ -178,8 +243,9 @@ def result_grid(title: str, help_text: str, result: views.Attribution) -> None:
     st.image(thumbs.uris(result.ids), caption=result.captions, width=width)
 
 
-def attribution_panel(data: ExplorerData, test_id: int, k: int) -> None:
-    helpful, harmful = views.top_k_attributions(data, test_id, k)
+def attribution_panel(
+    data: ExplorerData, test_id: int, helpful: views.Attribution, harmful: views.Attribution
+) -> None:
     target_summary(data, test_id)
     fig = views.score_histogram(
         data.scores[test_id], float(helpful.scores[-1]), float(harmful.scores[-1])
@@ -203,23 +269,102 @@ def attribution_panel(data: ExplorerData, test_id: int, k: int) -> None:
         left, right = st.columns(2)
         left.dataframe(helpful.table[columns], hide_index=True, key="helpful_table")
         right.dataframe(harmful.table[columns], hide_index=True, key="harmful_table")
+    csv = views.top_k_csv(views.top_k_frame(data, helpful, harmful))
+    st.download_button(
+        "⬇️ Download these top-k as CSV",
+        csv,
+        file_name=f"trak-test-{test_id}-top-{len(helpful.ids)}.csv",
+        mime="text/csv",
+        key="download_top_k",
+        on_click="ignore",
+        help="id, label, true label, flipped, score, rank and kind of every image shown above",
+    )
+
+
+def selected_gallery(data: ExplorerData, ids: list[int], scores) -> None:
+    """Thumbnails of the training images selected on the map (at most ``MAX_SELECTED``)."""
+    shown = ids[:MAX_SELECTED]
+    order = "the strongest scores" if scores is not None else "the first ids"
+    more = f", showing the {len(shown)} with {order}" if len(ids) > len(shown) else ""
+    st.markdown(f"**🔍 {len(ids)} selected training images{more}**")
+    names = data.class_names
+    captions = []
+    for i in shown:
+        label = views.class_name(int(data.train_labels[i]), names)
+        head = f"{'🚩 ' if data.flipped[i] else ''}#{i} · {label}"
+        tail = "" if scores is None else f" {float(scores[i]):+.2g}"
+        captions.append(views.nowrap(head) + tail)
+    thumbs = app_state.thumbnails("train", SELECTED_SCALE)
+    st.image(thumbs.uris(shown), caption=captions, width=SELECTED_SCALE * thumbs.image_width)
+
+
+@st.fragment
+def map_section(
+    data: ExplorerData,
+    test_id: int | None,
+    helpful: views.Attribution | None,
+    harmful: views.Attribution | None,
+) -> None:
+    """The training map; a selection on it reruns only this fragment."""
+    st.subheader(
+        "🗺️ Training set map",
+        help="The first two principal components of the training images' TRAK features. "
+        "Draw a lasso or a box to see the images inside.",
+    )
+    try:
+        train_map = app_state.train_map()
+    except (OSError, ValueError) as exc:
+        st.warning(f"No map of the training set: {exc}")
+        return
+    scores = None if test_id is None else data.scores[test_id]
+    fig = maps.map_figure(
+        train_map.coords,
+        data.train_labels,
+        data.class_names,
+        scores=scores,
+        helpful=() if helpful is None else helpful.ids,
+        harmful=() if harmful is None else harmful.ids,
+    )
+    colour = f"scores on test #{test_id}" if test_id is not None else "training label"
+    pcs = " and ".join(f"{e:.0%}" for e in train_map.explained)
+    st.caption(
+        f"Coloured by {colour}. The two axes hold {pcs} of the variance of the "
+        f"{'training features' if train_map.source == 'features' else 'index vectors'}."
+    )
+    if train_map.note:
+        st.caption(f"ℹ️ {train_map.note}")
+    event = st.plotly_chart(
+        fig, key=MAP_KEY, on_select="rerun", selection_mode=("box", "lasso", "points")
+    )
+    selected = maps.strongest_first(maps.selected_train_ids(event.selection.points), scores)
+    if selected:
+        selected_gallery(data, selected, scores)
+    else:
+        st.caption("Draw a lasso or a box on the map to list the training images inside.")
 
 
 def main() -> None:
     st.title("🔎 Explore attributions")
-    data = load_or_stop()
+    data = app_state.load_or_stop()
     if len(data.test_labels) == 0:
         st.warning("These artifacts hold no test images: there is nothing to explore.")
         return
-    filters, test_id, k = sidebar_controls(data)
+    filters, test_id, k, nav = sidebar_controls(data)
+    ids = views.filter_test_ids(data.test_labels, data.test_pred, filters)
+    with nav:
+        navigation(ids, test_id)
+    helpful = harmful = None
+    if test_id is not None:
+        helpful, harmful = views.top_k_attributions(data, test_id, k)
     gallery_col, detail_col = st.columns([2, 3], gap="medium")
     with gallery_col:
-        gallery(data, filters, test_id)
+        gallery(data, ids, test_id)
+        map_section(data, test_id, helpful, harmful)
     with detail_col:
         if test_id is None:
             st.info("👈 Pick a test image in the gallery (or type its id in the sidebar).")
         else:
-            attribution_panel(data, test_id, k)
+            attribution_panel(data, test_id, helpful, harmful)
 
 
 main()

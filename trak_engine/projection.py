@@ -96,7 +96,13 @@ class Projector:
             return None
         try:
             import fast_jl  # type: ignore[import-not-found]
-        except ImportError:
+
+            # A probe at construction, so a kernel that fails here never fails mid-run.
+            n_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+            probe = torch.zeros(8, min(self.grad_dim, 1024), device=self.device)
+            fast_jl.project_rademacher_8(probe, self.proj_dim, 0, n_sms)
+        except (ImportError, RuntimeError) as err:
+            logger.info("fast_jl unavailable (%s); using the torch projection", err)
             return None
         return fast_jl
 
@@ -161,5 +167,5 @@ class Projector:
         n_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         kernel = getattr(self._fast_jl, f"project_rademacher_{width}")
         seed32 = self.seed & 0x7FFFFFFF
-        out = kernel(grads.half().contiguous(), self.proj_dim, seed32, n_sms)
+        out = kernel(grads.contiguous(), self.proj_dim, seed32, n_sms)
         return out[:batch].float() / math.sqrt(self.proj_dim)

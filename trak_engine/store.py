@@ -135,7 +135,8 @@ class FeatureStore:
         longer = new_ckpts if len(new_ckpts) > len(old_ckpts) else old_ckpts
         merged["checkpoints"] = list(longer)
         merged["versions"] = meta.get("versions", stored.get("versions"))
-        write_json_atomic(self.meta_path, merged)
+        if merged != stored:  # opening a store as it is writes nothing (read-only dirs work)
+            write_json_atomic(self.meta_path, merged)
         return merged
 
     def path(self, checkpoint: int, split: str, kind: str = "features") -> Path:

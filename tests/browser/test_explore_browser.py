@@ -1,4 +1,4 @@
-"""The Explore page in headless Chromium, served by ``explorer.serve.serve``.
+"""The app's pages (Explore, Overview) in headless Chromium, served by ``explorer.serve.serve``.
 
 Follows the recipe in BROWSER_TESTS.md. Screenshots and measured timings are written to
 ``test-artifacts/`` at the repository root (gitignored) and kept for a person to look at.
@@ -228,3 +228,103 @@ def test_missing_artifacts_show_an_error(tmp_path: Path, page) -> None:
         expect(alert).to_contain_text("trak-explorer demo")
         expect(page.locator("[data-testid=stException]")).to_have_count(0)
         page.screenshot(path=str(ARTIFACTS / "explore-missing.png"))
+
+
+def test_keyboard_steps_and_help_dialog(server: str, page, timings) -> None:
+    page.goto(f"{server}/?test=2")
+    wait_idle(page)
+    expect_results(page, test_id=2)
+    # Shortcuts act on the page, not on a focused widget (BROWSER_TESTS.md).
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    started = time.perf_counter()
+    page.keyboard.press("j")
+    wait_idle(page)
+    expect_results(page, test_id=3)
+    timings["shortcut_next_s"] = round(time.perf_counter() - started, 2)
+    assert "test=3" in page.url
+    page.keyboard.press("k")
+    wait_idle(page)
+    expect(page.get_by_role("heading", name="Test image #2")).to_be_visible()
+    assert "test=2" in page.url
+
+    page.keyboard.press("?")
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("Keyboard shortcuts")
+    expect(dialog.get_by_role("row")).to_have_count(7)  # header + 6 shortcuts
+    expect(dialog).to_contain_text("next test image in the gallery")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / "explore-shortcuts.png"))
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+
+
+def test_lasso_on_the_map_lists_the_selected_images(server: str, page, timings) -> None:
+    page.goto(f"{server}/?test=2")
+    wait_idle(page)
+    expect_results(page, test_id=2)
+    chart = page.locator(".st-key-train_map")
+    chart.scroll_into_view_if_needed()
+    drag = chart.locator(".nsewdrag").first
+    expect(drag).to_be_visible()
+    expect(page.get_by_text("Draw a lasso or a box on the map")).to_be_visible()
+    box = drag.bounding_box()
+    assert box is not None
+    # A lasso is a drag (mouse down, moves, up); a plain click selects nothing in lasso mode.
+    corners = [(0.02, 0.02), (0.98, 0.02), (0.98, 0.98), (0.02, 0.98), (0.02, 0.03)]
+    page.mouse.move(
+        box["x"] + corners[0][0] * box["width"], box["y"] + corners[0][1] * box["height"]
+    )
+    page.mouse.down()
+    for fx, fy in corners[1:]:
+        page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=6)
+    started = time.perf_counter()
+    page.mouse.up()
+    wait_idle(page)
+    heading = page.get_by_text("selected training images")
+    expect(heading).to_be_visible()
+    timings["map_selection_s"] = round(time.perf_counter() - started, 2)
+    n_selected = int(heading.inner_text().split("🔍")[-1].split()[0])
+    assert 0 < n_selected <= 60
+    # the target, the two top-k grids, then the selected images (at most MAX_SELECTED = 60)
+    images = page.locator("[data-testid=stImage] img")
+    expect(images).to_have_count(1 + 2 * K + n_selected)
+    page.mouse.move(0, 0)
+    heading.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "explore-map.png"))
+
+
+def nav_links(page) -> list[str]:
+    """Titles of the sidebar's page links (each link's text ends with its title)."""
+    return [t.split()[-1] for t in page.locator("[data-testid=stSidebarNav] a").all_inner_texts()]
+
+
+def test_overview_page(server: str, page, timings) -> None:
+    page.set_viewport_size({"width": 1400, "height": 2700})  # the whole page in one shot
+    page.goto(f"{server}/")
+    wait_idle(page)
+    started = time.perf_counter()
+    page.locator("[data-testid=stSidebarNav] a", has_text="Overview").click()
+    wait_idle(page)
+    for name in ("Dataset", "Model", "Class-by-class influence", "How these artifacts were made"):
+        expect(page.get_by_role("heading", name=name)).to_be_visible()
+    charts = page.locator(".js-plotly-plot")
+    expect(charts).to_have_count(4)  # class counts, accuracy, confusion, influence
+    for i in range(4):
+        expect(charts.nth(i)).to_be_visible()
+    timings["open_overview_s"] = round(time.perf_counter() - started, 2)
+    assert page.url.endswith("/overview")
+    assert nav_links(page) == ["Explore", "Overview"]
+    expect(page.get_by_text("86.7%")).to_be_visible()
+    expect(page.locator("[data-testid=stException]")).to_have_count(0)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "overview.png"))
+
+
+def test_overview_deep_link_on_a_fresh_server(workdir: Path, tmp_path: Path, page) -> None:
+    with serving(workdir, tmp_path / "server.log") as url:
+        page.goto(f"{url}/overview")
+        wait_idle(page)
+        expect(page.get_by_role("heading", name="Dataset")).to_be_visible()
+        assert nav_links(page) == ["Explore", "Overview"]

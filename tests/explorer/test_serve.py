@@ -46,7 +46,7 @@ def option(command: list[str], name: str) -> str:
 
 
 def test_app_path_is_the_repository_entry_script() -> None:
-    assert app_path() == REPO / "streamlit_app.py"
+    assert app_path() == REPO / "explorer" / "streamlit_app.py"
 
 
 def test_app_path_missing_says_how_to_install(
@@ -110,7 +110,7 @@ def test_serve_headless_and_env(
     assert option(call["command"], "--server.headless") == headless
     assert option(call["command"], "--server.port") == "8502"
     assert option(call["command"], "--server.address") == "127.0.0.1"
-    assert call["command"][4] == str(REPO / "streamlit_app.py")
+    assert call["command"][4] == str(REPO / "explorer" / "streamlit_app.py")
     assert call["env"][WORKDIR_ENV] == str(tmp_path / "art")
 
 

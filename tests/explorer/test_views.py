@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -278,3 +279,65 @@ def test_score_histogram_without_cutoffs() -> None:
 def test_score_histogram_counts_on_log_axis_when_large() -> None:
     assert views.score_histogram(np.zeros(999), 0, 0).layout.yaxis.type != "log"
     assert views.score_histogram(np.zeros(1000), 0, 0).layout.yaxis.type == "log"
+
+
+# --- keyboard stepping ---------------------------------------------------------------------
+
+STEP_IDS = np.array([2, 5, 9])
+
+
+@pytest.mark.parametrize(
+    ("current", "delta", "expected"),
+    [
+        (None, 1, 2),  # nothing selected: forward starts at the first id
+        (None, -1, 9),  # and back at the last
+        (2, 1, 5),
+        (5, -1, 2),
+        (9, 1, None),  # past the end
+        (2, -1, None),  # before the start
+        (6, 1, 9),  # hidden by the filters: the next larger id
+        (6, -1, 5),  # the next smaller id
+        (0, -1, None),
+        (12, 1, None),
+        (12, -1, 9),
+    ],
+)
+def test_step_target(current: int | None, delta: int, expected: int | None) -> None:
+    assert views.step_target(STEP_IDS, current, delta) == expected
+
+
+def test_step_target_edges() -> None:
+    assert views.step_target(np.array([], dtype=np.int64), 3, 1) is None
+    with pytest.raises(ValueError, match="non-zero"):
+        views.step_target(STEP_IDS, 2, 0)
+
+
+def test_step_page() -> None:
+    assert [views.step_page(p, 3, 1) for p in (1, 2, 3)] == [2, 3, None]
+    assert [views.step_page(p, 3, -1) for p in (1, 2, 3)] == [None, 1, 2]
+
+
+# --- CSV export ----------------------------------------------------------------------------
+
+
+def test_top_k_frame_and_csv(data: ExplorerData) -> None:
+    helpful, harmful = views.top_k_attributions(data, 3, 48)  # covers every flipped id
+    frame = views.top_k_frame(data, helpful, harmful)
+    assert tuple(frame.columns) == views.TOP_K_COLUMNS
+    assert frame["kind"].tolist() == ["helpful"] * 48 + ["harmful"] * 48
+    assert frame["id"].tolist() == [*helpful.ids, *harmful.ids]
+    assert frame["rank"].tolist() == [*range(1, 49)] * 2
+    ids = frame["id"].to_numpy()
+    assert frame["label"].tolist() == [str(c) for c in data.train_labels[ids]]
+    assert frame["true label"].tolist() == [str(c) for c in data.train_true_labels[ids]]
+    np.testing.assert_array_equal(frame["flipped"], data.flipped[ids])
+    assert frame["flipped"].any()
+    shown = np.concatenate([helpful.scores, harmful.scores])  # the index's float32 scores
+    np.testing.assert_array_equal(frame["score"], shown.astype(np.float64))
+    np.testing.assert_allclose(frame["score"], data.scores[3, ids], rtol=1e-5, atol=1e-6)
+
+    parsed = pd.read_csv(io.StringIO(views.top_k_csv(frame)))
+    assert tuple(parsed.columns) == views.TOP_K_COLUMNS
+    # float32 scores survive the text round trip exactly
+    np.testing.assert_array_equal(parsed["score"].astype(np.float32), shown)
+    assert parsed["id"].tolist() == frame["id"].tolist()

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
+from explorer import views
 from explorer.artifacts import ExplorerData, load_explorer_data
 from explorer.serve import WORKDIR_ENV
 
 REPO = Path(__file__).resolve().parents[2]
-APP = REPO / "streamlit_app.py"
+APP = REPO / "explorer" / "streamlit_app.py"
 TIMEOUT_S = 30
 SMALL_MISCLASSIFIED = (1, 8, 14, 25)  # tests/conftest.py
 
@@ -150,18 +155,22 @@ def test_pages_and_last_partial_page(paged_artifact: Path, monkeypatch) -> None:
     assert gallery_ids(at)[:3] == [0, 2, 3]
 
 
+def jump_buttons(at: AppTest) -> list:
+    return [b for b in at.button if b.label.startswith("📍 Go to")]
+
+
 def test_target_off_page_offers_a_jump(paged_artifact: Path, monkeypatch) -> None:
     at = run_app(paged_artifact, monkeypatch, test="100")
     assert gallery_ids(at) == list(range(48))
-    (jump,) = at.button
+    (jump,) = jump_buttons(at)
     assert "page 3" in jump.label
     jump.click().run()
     assert at.pagination(key="page").value == 3
     assert 100 in gallery_ids(at)
-    assert not at.button
+    assert not jump_buttons(at)
     # not offered when the filters hide the target
     at = run_app(paged_artifact, monkeypatch, test="100", true="1")
-    assert not at.button
+    assert not jump_buttons(at)
 
 
 def test_invalid_test_id_in_url_is_ignored(small_artifact: Path, monkeypatch) -> None:
@@ -191,3 +200,138 @@ def test_unreadable_artifacts_show_an_error(small_artifact: Path, monkeypatch) -
     (error,) = at.error
     assert "could not be read" in error.value
     assert "trak-explorer demo" in error.value
+
+
+# --- keyboard navigation (the buttons the J/K/H/L shortcuts press) -------------------------
+
+
+def selected(at: AppTest) -> int | None:
+    return at.number_input(key="test").value
+
+
+def test_step_buttons_walk_the_filtered_gallery(small_artifact: Path, monkeypatch) -> None:
+    at = run_app(small_artifact, monkeypatch, true="3")  # gallery: 3, 13, 23
+    assert at.button(key="step_next").proto.shortcut == "j"
+    assert at.button(key="step_previous").proto.shortcut == "k"
+    at.button(key="step_next").click().run()
+    assert selected(at) == 3
+    assert at.button(key="step_previous").disabled
+    at.button(key="step_next").click().run()
+    assert selected(at) == 13
+    assert any(h.value == "Test image #13" for h in at.subheader)
+    at.button(key="step_next").click().run()
+    assert selected(at) == 23 and at.button(key="step_next").disabled
+    at.button(key="step_previous").click().run()
+    assert selected(at) == 13
+    assert not at.exception
+
+
+def test_step_moves_the_gallery_page_along(paged_artifact: Path, monkeypatch) -> None:
+    at = run_app(paged_artifact, monkeypatch, test="47")
+    at.button(key="step_next").click().run()
+    assert selected(at) == 48
+    assert at.pagination(key="page").value == 2
+    assert gallery_ids(at) == list(range(48, 96))
+    # an id the filters hide steps to its neighbour in the filtered list
+    at = run_app(paged_artifact, monkeypatch, test="50", outcome="incorrect")
+    at.button(key="step_previous").click().run()
+    assert selected(at) == 25
+
+
+def test_page_buttons_turn_gallery_pages(paged_artifact: Path, monkeypatch) -> None:
+    at = run_app(paged_artifact, monkeypatch)
+    assert at.button(key="page_next").proto.shortcut == "l"
+    at.button(key="page_next").click().run()
+    assert at.pagination(key="page").value == 2
+    at.button(key="page_next").click().run()
+    at.button(key="page_next").click().run()  # already on the last page: stays
+    assert at.pagination(key="page").value == 3
+    at.button(key="page_previous").click().run()
+    assert gallery_ids(at) == list(range(48, 96))
+    assert selected(at) is None  # turning pages selects nothing
+
+
+def test_help_dialog_lists_the_shortcuts(small_artifact: Path, monkeypatch) -> None:
+    at = run_app(small_artifact, monkeypatch)
+    assert not any("next gallery page" in m.value for m in at.markdown)
+    at.button(key="shortcuts_help").click().run()
+    (table,) = [m.value for m in at.markdown if "next gallery page" in m.value]
+    for key, action in views.SHORTCUTS:
+        assert f"| `{key}` | {action} |" in table
+
+
+# --- CSV export and the training map --------------------------------------------------------
+
+
+@pytest.fixture
+def downloads(monkeypatch) -> list[bytes]:
+    """Bytes of every CSV the page hands to Streamlit's media storage."""
+    stored: list[bytes] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        if mimetype == "text/csv":
+            stored.append(path_or_data)
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    return stored
+
+
+def test_csv_holds_the_shown_top_k(
+    small_artifact: Path, data: ExplorerData, monkeypatch, downloads: list[bytes]
+) -> None:
+    at = run_app(small_artifact, monkeypatch, test="8", k="5")
+    helpful_captions, harmful_captions = result_images(at)
+    (csv,) = downloads
+    table = pd.read_csv(io.BytesIO(csv))
+    assert list(table.columns) == ["id", "label", "true label", "flipped", "score", "rank", "kind"]
+    assert table["id"].tolist() == caption_ids(helpful_captions) + caption_ids(harmful_captions)
+    assert table["kind"].tolist() == ["helpful"] * 5 + ["harmful"] * 5
+    assert table["rank"].tolist() == [1, 2, 3, 4, 5] * 2
+    helpful_table, harmful_table = [df.value for df in at.dataframe if df.key != "gallery"]
+    shown = np.concatenate([helpful_table["score"], harmful_table["score"]])
+    np.testing.assert_array_equal(table["score"].astype(np.float32), shown)
+    ids = table["id"].to_numpy()
+    np.testing.assert_array_equal(table["label"], data.train_labels[ids])
+    np.testing.assert_array_equal(table["true label"], data.train_true_labels[ids])
+    np.testing.assert_array_equal(table["flipped"], data.flipped[ids])
+    (button,) = at.get("download_button")
+    assert button.proto.url.endswith(".csv")
+
+
+def map_traces(at: AppTest) -> list[dict]:
+    (chart,) = [c for c in at.get("plotly_chart") if c.proto.id.endswith("-train_map")]
+    return json.loads(chart.proto.spec)["data"]
+
+
+def as_array(value) -> np.ndarray:
+    if isinstance(value, dict):  # plotly's typed array
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
+
+
+def test_map_shows_every_training_image(small_artifact: Path, monkeypatch) -> None:
+    at = run_app(small_artifact, monkeypatch)
+    coords = np.load(small_artifact / "train_map.npy")
+    assert coords.shape == (60, 2)
+    traces = map_traces(at)
+    assert len(traces) == 10  # one per training label without a target
+    ids = np.concatenate([as_array(t["customdata"]) for t in traces])
+    assert sorted(ids.tolist()) == list(range(60))
+    for trace in traces:
+        np.testing.assert_allclose(as_array(trace["x"]), coords[as_array(trace["customdata"]), 0])
+    assert any("Draw a lasso" in c.value for c in at.caption)
+
+
+def test_map_is_coloured_by_the_target(small_artifact: Path, data: ExplorerData, monkeypatch):
+    at = run_app(small_artifact, monkeypatch, test="4", k="6")
+    base, harmful, helpful = map_traces(at)
+    order = as_array(base["customdata"])
+    assert sorted(order.tolist()) == list(range(60))
+    np.testing.assert_allclose(as_array(base["marker"]["color"]), data.scores[4, order], rtol=1e-6)
+    assert base["marker"]["cmid"] == 0
+    top_helpful, top_harmful = data.top_k(4, 6)
+    assert as_array(helpful["customdata"]).tolist() == top_helpful.ids[0].tolist()
+    assert as_array(harmful["customdata"]).tolist() == top_harmful.ids[0].tolist()
+    assert any("scores on test #4" in c.value for c in at.caption)

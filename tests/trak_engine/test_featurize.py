@@ -143,3 +143,11 @@ def test_callers_model_is_left_untouched(mlp, tmp_path):
     before = {k: v.clone() for k, v in mlp.state_dict().items()}
     run(mlp, tmp_path, "u")
     assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items())
+
+
+def test_opening_a_store_writes_nothing(mlp, tmp_path):
+    store = run(mlp, tmp_path, "r")
+    before = store.meta_path.stat().st_mtime_ns
+    reopened = FeatureStore.open(tmp_path / "r")
+    assert reopened.meta == store.meta
+    assert store.meta_path.stat().st_mtime_ns == before
