@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
-from explorer import maps, overview, views
+from explorer import app_jobs, maps, mislabel, overview, upload, views
 from explorer.artifacts import ExplorerData, load_explorer_data
 from explorer.serve import workdir_from_env
 
@@ -102,3 +103,61 @@ def train_map(workdir: Path | None = None) -> maps.TrainMap:
     """The 2-D training map (``maps.train_map``): read from the workdir, or computed once."""
     workdir = current_workdir() if workdir is None else workdir
     return _train_map(str(workdir), artifact_stamp(workdir))
+
+
+# --- Mislabeled data, uploads and background jobs (one object per server) ---------------------
+
+
+@st.cache_resource
+def jobs() -> app_jobs.JobRegistry:
+    """The server's background jobs (``explorer.app_jobs``), shared by every session."""
+    return app_jobs.JobRegistry()
+
+
+@st.cache_resource(show_spinner="Scoring every training example for mislabels…", max_entries=2)
+def _mislabel_signals(workdir: str, stamp: int) -> pd.DataFrame:
+    return mislabel.compute_signals(workdir, _load(workdir, stamp))
+
+
+@st.cache_resource(show_spinner="Indexing similar training images…", max_entries=2)
+def _train_neighbors(workdir: str, stamp: int) -> mislabel.TrainNeighbors:
+    vectors_dim = _load(workdir, stamp).index.dim
+    return mislabel.TrainNeighbors(mislabel.load_train_queries(workdir, vectors_dim))
+
+
+@st.cache_resource(max_entries=2)
+def _triage_book(workdir: str, stamp: int) -> mislabel.TriageBook:
+    return mislabel.TriageBook.for_workdir(workdir, _load(workdir, stamp))
+
+
+@st.cache_resource(show_spinner="Loading checkpoints and projectors…", max_entries=1)
+def _upload_attributor(workdir: str, stamp: int) -> upload.UploadAttributor:
+    return upload.UploadAttributor(workdir, _load(workdir, stamp))
+
+
+def mislabel_signals(workdir: Path | None = None) -> pd.DataFrame:
+    """Suspicion and baseline signals per training example (``mislabel.compute_signals``).
+
+    Raises:
+        FileNotFoundError: not a demo workdir (no checkpoints, feature store or config).
+    """
+    workdir = current_workdir() if workdir is None else workdir
+    return _mislabel_signals(str(workdir), artifact_stamp(workdir))
+
+
+def train_neighbors(workdir: Path | None = None) -> mislabel.TrainNeighbors:
+    """Cosine neighbours among training examples, from their TRAK features."""
+    workdir = current_workdir() if workdir is None else workdir
+    return _train_neighbors(str(workdir), artifact_stamp(workdir))
+
+
+def triage_book(workdir: Path | None = None) -> mislabel.TriageBook:
+    """The one TriageBook of ``workdir/triage.csv`` shared by every session."""
+    workdir = current_workdir() if workdir is None else workdir
+    return _triage_book(str(workdir), artifact_stamp(workdir))
+
+
+def upload_attributor(workdir: Path | None = None) -> upload.UploadAttributor:
+    """The ``UploadAttributor`` of the demo workdir, built once per server."""
+    workdir = current_workdir() if workdir is None else workdir
+    return _upload_attributor(str(workdir), artifact_stamp(workdir))

@@ -21,6 +21,8 @@ st.set_page_config(page_title="TRAK Explorer", page_icon="🔎", layout="wide")
 PAGES = [
     st.Page(PAGES_DIR / "explore.py", title="Explore", icon="🔎", url_path="explore", default=True),
     st.Page(PAGES_DIR / "overview.py", title="Overview", icon="📊", url_path="overview"),
+    st.Page(PAGES_DIR / "mislabeled.py", title="Mislabeled", icon="🚩", url_path="mislabeled"),
+    st.Page(PAGES_DIR / "upload.py", title="Upload", icon="📤", url_path="upload"),
 ]
 
 st.navigation(PAGES).run()

@@ -12,13 +12,15 @@ shows the selected training images.
 
 from __future__ import annotations
 
+import uuid
 from functools import partial
 from typing import Any
 
 import streamlit as st
 
-from explorer import app_state, maps, views
+from explorer import app_jobs, app_state, app_views, maps, views
 from explorer.artifacts import ExplorerData
+from explorer.counterfactual import load_demo_config
 
 GALLERY_KEY = "gallery"
 GALLERY_ROW_HEIGHT = 48
@@ -343,6 +345,136 @@ def map_section(
         st.caption("Draw a lasso or a box on the map to list the training images inside.")
 
 
+# --- Counterfactual check (a background job, polled by a fragment) --------------------------
+
+CF_MAX_K = 200
+CF_DEFAULT_K = 50
+CF_MAX_SEEDS = 3
+CF_POLL_S = 1.0
+SESSION_KEY = "session_key"
+
+
+def _job_key(test_id: int) -> tuple[str, str, str, int]:
+    """Jobs are keyed by session and target: one user never sees another's run."""
+    session = st.session_state.setdefault(SESSION_KEY, uuid.uuid4().hex)
+    return ("counterfactual", session, str(app_state.current_workdir()), int(test_id))
+
+
+def _start_counterfactual(data: ExplorerData, test_id: int, params: dict[str, Any]) -> None:
+    work = app_jobs.counterfactual_work(app_state.current_workdir(), data, [test_id], **params)
+    try:
+        app_state.jobs().start(_job_key(test_id), work, params | {"test_id": test_id})
+    except RuntimeError as exc:
+        st.session_state["cf_message"] = str(exc)
+
+
+@st.fragment(run_every=CF_POLL_S)
+def counterfactual_progress(key: tuple[str, str, str, int]) -> None:
+    """Progress bar and cancel button of a running job; reruns the page when it ends."""
+    job = app_state.jobs().get(key)
+    if job is None:
+        return
+    snap = job.snapshot()
+    if snap.finished:
+        st.rerun()  # the whole page, to show the result and stop polling
+    params = snap.params
+    text = (
+        f"Retraining without the top-{params['k']} and without {params['k']} random images "
+        f"({params['n_seeds']} seed(s)): {snap.fraction:.0%} after {snap.seconds:.0f} s"
+    )
+    st.progress(snap.fraction, text=text)
+    st.button("✖️ Cancel", key="cf_cancel", on_click=job.cancel)
+
+
+def counterfactual_result(data: ExplorerData, snap: app_jobs.JobSnapshot) -> None:
+    result = snap.result
+    st.markdown(app_views.counterfactual_verdict(result))
+    fig = app_views.counterfactual_figure(result)
+    st.plotly_chart(
+        fig, key="counterfactual_chart", theme="streamlit", config={"displayModeBar": False}
+    )
+    table = app_views.counterfactual_runs(result, data.class_names)
+    st.dataframe(
+        table,
+        hide_index=True,
+        key="counterfactual_runs",
+        column_config={
+            c: st.column_config.NumberColumn(c, format="%+.3f")
+            for c in table.columns
+            if "margin" in c or "Δ" in c
+        },
+    )
+
+
+def counterfactual_section(data: ExplorerData, test_id: int) -> None:
+    """Remove the top-k helpful training images, retrain, and compare with k random ones."""
+    st.subheader(
+        "🧪 Counterfactual check",
+        help="Retrains the demo model without the target's top-k helpful training images, and "
+        "without k random ones, with each saved checkpoint's seed; the margin change shows "
+        "whether the attributions matter. Runs in the background: the page stays usable.",
+    )
+    try:
+        n_checkpoints = load_demo_config(app_state.current_workdir()).n_checkpoints
+    except FileNotFoundError:
+        st.caption("Needs the demo's checkpoints and training recipe (`trak-explorer demo`).")
+        return
+    n_train = len(data.train_labels)
+    a, b, c = st.columns([1, 1, 2], vertical_alignment="bottom")
+    k = a.number_input(
+        "k",
+        1,
+        min(CF_MAX_K, n_train - 1),
+        min(CF_DEFAULT_K, n_train // 4 or 1),
+        key="cf_k",
+        bind="query-params",
+    )
+    seeds = b.number_input(
+        "Seeds", 1, min(CF_MAX_SEEDS, n_checkpoints), 1, key="cf_seeds", bind="query-params"
+    )
+    same = c.toggle(
+        "Only images with the target's label",
+        value=True,
+        key="cf_same",
+        bind="query-params",
+        help="The overall top helpful images are often mislabeled ones, whose "
+        "removal cleans the data; restricted to the target's label, removal tests "
+        "the attribution itself.",
+    )
+    params = {"k": int(k), "n_seeds": int(seeds), "same_label": bool(same)}
+    key = _job_key(test_id)
+    job = app_state.jobs().get(key)
+    snap = None if job is None else job.snapshot()
+    busy = app_state.jobs().running(key[:3])
+    st.button(
+        f"🧪 Remove the top-{params['k']} helpful and retrain",
+        key="cf_start",
+        on_click=_start_counterfactual,
+        args=(data, test_id, params),
+        disabled=bool(busy),
+        help=f"{params['n_seeds'] * 2} trainings of the demo model, in the background",
+    )
+    message = st.session_state.pop("cf_message", None)
+    if message:
+        st.warning(message)
+    if snap is None:
+        other = [k[3] for k in busy]
+        if other:
+            st.caption(f"A check of test #{other[0]} is running; open it to follow or cancel.")
+        return
+    if not snap.finished:
+        counterfactual_progress(key)
+    elif snap.state == app_jobs.DONE:
+        shown = {name: snap.params[name] for name in params}
+        if shown != params:
+            st.caption(f"Last run: {shown}. Press the button to run with the new settings.")
+        counterfactual_result(data, snap)
+    elif snap.state == app_jobs.CANCELLED:
+        st.warning(f"Cancelled after {snap.seconds:.0f} s.")
+    else:
+        st.error(f"The counterfactual run failed: {snap.error}")
+
+
 def main() -> None:
     st.title("🔎 Explore attributions")
     data = app_state.load_or_stop()
@@ -365,6 +497,7 @@ def main() -> None:
             st.info("👈 Pick a test image in the gallery (or type its id in the sidebar).")
         else:
             attribution_panel(data, test_id, helpful, harmful)
+            counterfactual_section(data, test_id)
 
 
 main()

@@ -39,6 +39,7 @@ from trak_engine.gradients import grad_dim, per_example_gradients
 from trak_engine.index import AttributionIndex, TopK, index_vectors, query_vectors
 from trak_engine.projection import DEFAULT_MAX_BYTES, Projector, checkpoint_seed
 from trak_engine.store import FeatureStore
+from trak_engine.structured import STRUCTURED_TYPES, StructuredProjector
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +83,22 @@ def make_projector(
     checkpoint: int,
     device: torch.device,
     max_proj_bytes: int,
-) -> Projector:
+) -> Projector | StructuredProjector:
+    seed = checkpoint_seed(config.seed, checkpoint)
+    if config.proj_type in STRUCTURED_TYPES:
+        return StructuredProjector(
+            model,
+            config.param_names,
+            config.proj_dim,
+            seed,
+            config.proj_type,
+            device,
+            max_proj_bytes,
+        )
     return Projector(
         grad_dim(model, config.param_names),
         config.proj_dim,
-        checkpoint_seed(config.seed, checkpoint),
+        seed,
         config.proj_type,
         device,
         max_proj_bytes,
@@ -96,7 +108,7 @@ def make_projector(
 def featurize_split(
     model: nn.Module,
     data: Data,
-    projector: Projector,
+    projector: Projector | StructuredProjector,
     param_names: tuple[str, ...] | None,
     batch_size: int,
 ) -> Callable[[int, int], tuple[np.ndarray, np.ndarray]]:
@@ -107,8 +119,13 @@ def featurize_split(
         feats, qs = [], []
         for lo in range(start, stop, batch_size):
             x, y = get_batch(data, lo, min(stop, lo + batch_size))
-            grads, q = per_example_gradients(model, x.to(device), y.to(device), param_names, lo)
-            feats.append(projector.project(grads).cpu())
+            x, y = x.to(device), y.to(device)
+            if isinstance(projector, StructuredProjector):  # no per-example gradients formed
+                projected, q = projector.features(model, x, y, lo)
+            else:
+                grads, q = per_example_gradients(model, x, y, param_names, lo)
+                projected = projector.project(grads)
+            feats.append(projected.cpu())
             qs.append(q.cpu())
         return torch.cat(feats).numpy(), torch.cat(qs).numpy()
 

@@ -6,7 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-PROJECTION_TYPES = ("gaussian", "rademacher", "none")
+from trak_engine.structured import STRUCTURED_TYPES, kronecker_factors
+
+PROJECTION_TYPES = ("gaussian", "rademacher", "none", *STRUCTURED_TYPES)
 MODEL_OUTPUTS = ("margin",)
 
 
@@ -21,7 +23,11 @@ class TrakConfig:
             the engine then refuses a rank-deficient kernel instead of returning noise.
         seed: base seed of the projection; checkpoint m uses a seed derived from (seed, m).
         proj_type: ``"gaussian"`` or ``"rademacher"`` entries, scaled by ``1/sqrt(k)``;
-            ``"none"`` uses the raw gradients as features (proj_dim must equal their size).
+            ``"none"`` uses the raw gradients as features (proj_dim must equal their size);
+            ``"khatri_rao"`` or ``"kronecker"`` project ``nn.Linear`` layers from their inputs
+            and output gradients without forming per-example gradients (see
+            ``trak_engine.structured``; ``"kronecker"`` needs proj_dim = k_out * k_in with
+            factors at most 1:16 apart, e.g. a power of two).
         param_names: take gradients for these parameters only (names as in
             ``model.named_parameters()``); ``None`` means all parameters.
         model_output: the model output function; ``"margin"`` is the classification margin.
@@ -47,6 +53,8 @@ class TrakConfig:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         if self.proj_type not in PROJECTION_TYPES:
             raise ValueError(f"proj_type must be one of {PROJECTION_TYPES}, got {self.proj_type!r}")
+        if self.proj_type == "kronecker":
+            kronecker_factors(self.proj_dim)  # raises for a proj_dim without balanced factors
         if self.model_output not in MODEL_OUTPUTS:
             raise ValueError(
                 f"model_output must be one of {MODEL_OUTPUTS}, got {self.model_output!r}"

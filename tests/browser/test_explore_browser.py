@@ -315,7 +315,7 @@ def test_overview_page(server: str, page, timings) -> None:
         expect(charts.nth(i)).to_be_visible()
     timings["open_overview_s"] = round(time.perf_counter() - started, 2)
     assert page.url.endswith("/overview")
-    assert nav_links(page) == ["Explore", "Overview"]
+    assert nav_links(page) == ["Explore", "Overview", "Mislabeled", "Upload"]
     expect(page.get_by_text("86.7%")).to_be_visible()
     expect(page.locator("[data-testid=stException]")).to_have_count(0)
     page.wait_for_timeout(500)
@@ -327,4 +327,4 @@ def test_overview_deep_link_on_a_fresh_server(workdir: Path, tmp_path: Path, pag
         page.goto(f"{url}/overview")
         wait_idle(page)
         expect(page.get_by_role("heading", name="Dataset")).to_be_visible()
-        assert nav_links(page) == ["Explore", "Overview"]
+        assert nav_links(page) == ["Explore", "Overview", "Mislabeled", "Upload"]
