@@ -19,14 +19,12 @@ it can run on a worker thread while the Streamlit script thread keeps rendering.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,7 +33,7 @@ from torch import nn
 
 from explorer.artifacts import ExplorerData, load_explorer_data
 from explorer.datasets import to_tensor
-from explorer.demo import DemoConfig, checkpoint_path
+from explorer.demo import DemoConfig, load_checkpoints, load_demo_config
 from explorer.training import MOMENTUM, clone_state_dict, init_model, predict
 from trak_engine.outputs import margin
 
@@ -54,42 +52,6 @@ RANDOM_STREAM = 7_919
 
 class CounterfactualCancelled(RuntimeError):
     """``cancel()`` returned True; the run stopped and nothing was returned."""
-
-
-def load_demo_config(workdir: str | os.PathLike[str]) -> DemoConfig:
-    """The DemoConfig saved with the demo artifacts in ``workdir``.
-
-    Raises:
-        FileNotFoundError: ``workdir/demo-config.json`` is missing (not a demo workdir).
-    """
-    path = Path(workdir) / "demo-config.json"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing: {workdir} was not built by `trak-explorer demo`, so its "
-            "training recipe and checkpoints are unknown"
-        )
-    return DemoConfig(**json.loads(path.read_text()))
-
-
-def load_checkpoints(
-    workdir: str | os.PathLike[str], config: DemoConfig, n: int | None = None
-) -> list[dict[str, torch.Tensor]]:
-    """The first ``n`` (default all) saved demo checkpoints, as CPU state dicts.
-
-    Raises:
-        FileNotFoundError: a checkpoint file is missing; names it.
-    """
-    n = config.n_checkpoints if n is None else n
-    states = []
-    for m in range(n):
-        path = checkpoint_path(Path(workdir), m)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"checkpoint {m} is missing ({path}); rebuild the demo with "
-                f"`trak-explorer demo --workdir {workdir}`"
-            )
-        states.append(torch.load(path, weights_only=True, map_location="cpu")["state_dict"])
-    return states
 
 
 def random_removal(n_train: int, k: int, seed: int) -> np.ndarray:

@@ -73,6 +73,42 @@ def checkpoint_path(workdir: Path, m: int) -> Path:
     return workdir / "checkpoints" / f"ckpt_{m:03d}.pt"
 
 
+def load_demo_config(workdir: str | os.PathLike[str]) -> DemoConfig:
+    """The DemoConfig saved with the demo artifacts in ``workdir``.
+
+    Raises:
+        FileNotFoundError: ``workdir/demo-config.json`` is missing (not a demo workdir).
+    """
+    path = Path(workdir) / "demo-config.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: {workdir} was not built by `trak-explorer demo`, so its "
+            "training recipe and checkpoints are unknown"
+        )
+    return DemoConfig(**json.loads(path.read_text()))
+
+
+def load_checkpoints(
+    workdir: str | os.PathLike[str], config: DemoConfig, n: int | None = None
+) -> list[dict[str, torch.Tensor]]:
+    """The first ``n`` (default all) saved demo checkpoints, as CPU state dicts.
+
+    Raises:
+        FileNotFoundError: a checkpoint file is missing; names it.
+    """
+    n = config.n_checkpoints if n is None else n
+    states = []
+    for m in range(n):
+        path = checkpoint_path(Path(workdir), m)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"checkpoint {m} is missing ({path}); rebuild the demo with "
+                f"`trak-explorer demo --workdir {workdir}`"
+            )
+        states.append(torch.load(path, weights_only=True, map_location="cpu")["state_dict"])
+    return states
+
+
 def train_or_load_checkpoints(
     workdir: Path, config: DemoConfig, split: DemoSplit, progress: Progress | None
 ) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
@@ -82,7 +118,7 @@ def train_or_load_checkpoints(
     for m in range(config.n_checkpoints):
         path = checkpoint_path(workdir, m)
         if path.exists():
-            saved = torch.load(path, weights_only=True)
+            saved = torch.load(path, weights_only=True, map_location="cpu")
             states.append(saved["state_dict"])
             seconds.append(float(saved["seconds"]))
             continue
@@ -179,14 +215,17 @@ def featurize_demo(
         "train": (to_tensor(split.train_images), torch.as_tensor(split.train_labels)),
         "test": (to_tensor(split.test_images), torch.as_tensor(split.test_labels)),
     }
-    seconds = []
-    for m in range(1, len(states) + 1):
-        start = time.perf_counter()
-        store = featurize(
-            model, states[:m], splits, config.trak_config(), workdir / "features", progress=progress
-        )
-        seconds.append(time.perf_counter() - start)
-    return store, seconds
+    seconds: dict[int, float] = {}
+    store = featurize(
+        model,
+        states,
+        splits,
+        config.trak_config(),
+        workdir / "features",
+        progress=progress,
+        seconds=seconds,
+    )
+    return store, [seconds[m] for m in sorted(seconds)]
 
 
 def attribute_demo(

@@ -47,8 +47,8 @@ import torch
 from scipy.stats import rankdata
 
 from explorer.artifacts import ExplorerData
-from explorer.counterfactual import load_checkpoints, load_demo_config
 from explorer.datasets import to_tensor
+from explorer.demo import load_checkpoints, load_demo_config
 from explorer.training import init_model, predict
 from trak_engine.errors import ConfigMismatchError
 from trak_engine.index import query_vectors

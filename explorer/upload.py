@@ -26,8 +26,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from explorer.artifacts import ExplorerData, load_explorer_data
-from explorer.counterfactual import load_checkpoints, load_demo_config
 from explorer.datasets import IMAGE_SIDE, to_tensor
+from explorer.demo import load_checkpoints, load_demo_config
 from explorer.training import init_model
 from trak_engine.api import make_projector
 from trak_engine.errors import ConfigMismatchError

@@ -20,7 +20,7 @@ import streamlit as st
 
 from explorer import app_jobs, app_state, app_views, maps, views
 from explorer.artifacts import ExplorerData
-from explorer.counterfactual import load_demo_config
+from explorer.demo import load_demo_config
 
 GALLERY_KEY = "gallery"
 GALLERY_ROW_HEIGHT = 48

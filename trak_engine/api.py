@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,7 @@ def featurize(
     device: str | torch.device | None = None,
     max_proj_bytes: int = DEFAULT_MAX_BYTES,
     progress: Progress | None = None,
+    seconds: dict[int, float] | None = None,
 ) -> FeatureStore:
     """Compute (or resume) projected gradient features for every checkpoint and split.
 
@@ -157,6 +159,8 @@ def featurize(
             checkpoints, it is refused with a message naming what differs.
         batch_size, chunk_size, device, max_proj_bytes: speed and memory only.
         progress: ``progress(stage, done, total)``, stage like ``"checkpoint 1/3: train"``.
+        seconds: if given, filled with checkpoint -> wall seconds spent featurizing it now
+            (all splits; checkpoints already complete on disk are left out).
 
     Returns:
         The store, holding (n, k) float32 features and (n,) Q per checkpoint and split.
@@ -171,6 +175,9 @@ def featurize(
     backend = make_projector(work_model, config, 0, device, 0).backend
     store = FeatureStore(store_dir, store_meta(work_model, config, splits, fps, backend))
     for m, state in enumerate(checkpoints):
+        if all(store.exists(m, name) for name in splits):
+            continue
+        started = time.perf_counter()
         work_model.load_state_dict(state)
         projector = None
         for name, data in splits.items():
@@ -181,6 +188,8 @@ def featurize(
             stage = f"checkpoint {m + 1}/{len(checkpoints)}: {name}"
             report = (lambda d, t, s=stage: progress(s, d, t)) if progress else None
             store.compute(m, name, data_length(data), config.proj_dim, chunk_fn, chunk_size, report)
+        if seconds is not None:
+            seconds[m] = time.perf_counter() - started
     return store
 
 
