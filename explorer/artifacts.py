@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,26 @@ class ExplorerData:
         return self.index.helpful(query, k), self.index.harmful(query, k)
 
 
+class ArtifactError(ValueError):
+    """An artifact file exists but cannot be read (truncated, corrupt, inconsistent)."""
+
+
+def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
+    """``reader(path)``, with any failure turned into an ArtifactError naming the file."""
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # numpy, zipfile, json and FAISS each raise their own types
+        raise ArtifactError(f"{path} cannot be read ({type(err).__name__}: {err})") from err
+
+
 def is_complete(workdir: str | os.PathLike[str]) -> bool:
+    """True when ``explorer.json`` is there and marks the build complete."""
     path = Path(workdir) / "explorer.json"
-    return path.exists() and bool(json.loads(path.read_text()).get("complete"))
+    if not path.is_file():
+        return False
+    return bool(_read(path, lambda p: json.loads(p.read_text())).get("complete"))
 
 
 def save_explorer_data(workdir: str | os.PathLike[str], data: ExplorerData) -> None:
@@ -104,6 +122,7 @@ def load_explorer_data(workdir: str | os.PathLike[str]) -> ExplorerData:
 
     Raises:
         FileNotFoundError: the directory is missing or was never completed; says how to build.
+        ArtifactError: a file is there but cannot be read, or the files disagree; names it.
     """
     root = Path(workdir)
     if not is_complete(root):
@@ -111,11 +130,32 @@ def load_explorer_data(workdir: str | os.PathLike[str]) -> ExplorerData:
             f"no complete TRAK Explorer artifacts in {root}; build them with "
             f"`trak-explorer demo --workdir {root}`"
         )
-    arrays = np.load(root / "arrays.npz")
-    return ExplorerData(
+    arrays = _read(root / "arrays.npz", lambda p: dict(np.load(p)))
+    missing = [name for name in ARRAY_FIELDS if name not in arrays]
+    if missing:
+        raise ArtifactError(f"{root / 'arrays.npz'} lacks the arrays {missing}")
+    data = ExplorerData(
         **{name: arrays[name] for name in ARRAY_FIELDS},
-        scores=np.load(root / "scores.npy", mmap_mode="r"),
-        queries=np.load(root / "queries.npy"),
-        index=AttributionIndex.load(root / "index.faiss"),
-        info=json.loads((root / "explorer.json").read_text()),
+        scores=_read(root / "scores.npy", lambda p: np.load(p, mmap_mode="r")),
+        queries=_read(root / "queries.npy", np.load),
+        index=_read(root / "index.faiss", AttributionIndex.load),
+        info=_read(root / "explorer.json", lambda p: json.loads(p.read_text())),
     )
+    check_consistent(root, data)
+    return data
+
+
+def check_consistent(root: Path, data: ExplorerData) -> None:
+    """Raise ArtifactError when the arrays disagree in size (a mix of two builds)."""
+    n_train, n_test = len(data.train_labels), len(data.test_labels)
+    problems = []
+    if data.scores.shape != (n_test, n_train):
+        problems.append(f"scores.npy has shape {data.scores.shape}, expected {(n_test, n_train)}")
+    if data.queries.shape != (n_test, data.index.dim):
+        problems.append(
+            f"queries.npy has shape {data.queries.shape}, expected {(n_test, data.index.dim)}"
+        )
+    if data.index.n_train != n_train:
+        problems.append(f"index.faiss holds {data.index.n_train} vectors, expected {n_train}")
+    if problems:
+        raise ArtifactError(f"the artifacts in {root} are inconsistent: " + "; ".join(problems))

@@ -1,4 +1,4 @@
-"""The ``trak-explorer`` command line.
+"""trak-explorer: training-data attribution with TRAK, explored in the browser.
 
 ``trak-explorer demo [--port N] [--workdir DIR]`` builds the demo artifacts if they are missing
 (progress on stderr), then serves the app on 127.0.0.1:N. ``build`` only builds; ``serve``
@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,9 +48,8 @@ class StageBars:
                 leave=True,
                 dynamic_ncols=True,
             )
-        if self.bar is not None:
-            self.bar.n = done
-            self.bar.refresh()
+        if self.bar is not None and done >= self.bar.n:
+            self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -60,17 +61,25 @@ def build(workdir: Path, quiet: bool = False) -> None:
     from explorer.demo import build_demo
 
     bars = StageBars(disable=quiet)
+    started = time.perf_counter()
     try:
-        info = build_demo(workdir, progress=bars)
+        build_demo(workdir, progress=bars)
     finally:
         bars.close()
-    total = info.get("timings", {}).get("total_s")
     if not quiet:
-        print(
-            f"demo artifacts ready in {workdir}"
-            + (f" (built in {total:.0f} s)" if total else " (reused)"),
-            file=sys.stderr,
-        )
+        took = time.perf_counter() - started
+        print(f"demo artifacts ready in {workdir} ({took:.0f} s)", file=sys.stderr)
+
+
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """Raise OSError naming the port when another program listens on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise OSError(
+                f"port {port} on {host} is not available ({err.strerror}); pass another --port"
+            ) from err
 
 
 def serve_workdir(workdir: Path, port: int, quiet: bool) -> int:
@@ -82,6 +91,7 @@ def serve_workdir(workdir: Path, port: int, quiet: bool) -> int:
             f"no complete artifacts in {workdir}; build them with "
             f"`trak-explorer demo --workdir {workdir}`"
         )
+    check_port_free(port)
     if not quiet:
         print(f"TRAK Explorer: http://127.0.0.1:{port}  (Ctrl-C stops it)", file=sys.stderr)
     return serve(workdir, port)
@@ -128,9 +138,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     cmd.add_argument("--subsets", type=int, default=100, help="retrained subsets (default: 100)")
     cmd.add_argument("--targets", type=int, default=200, help="test targets (default: 200)")
-    cmd.add_argument("--checkpoints", type=int, nargs="+", default=[3], help="default: 3")
+    cmd.add_argument("--checkpoints", type=int, nargs="+", default=[1, 3, 5], help="default: 1 3 5")
     cmd.add_argument("--proj-dim", type=int, nargs="+", default=[2048], help="default: 2048")
-    cmd.add_argument("--lam", type=float, nargs="+", default=[0.01], help="default: 0.01")
+    cmd.add_argument(
+        "--lam",
+        type=float,
+        nargs="+",
+        default=[10.0],
+        help="relative ridge (default: 10, the demo's)",
+    )
     cmd.add_argument(
         "--unprojected",
         action="store_true",
@@ -176,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build(args.workdir, args.quiet)
         if args.command in ("demo", "serve"):
             return serve_workdir(args.workdir, args.port, args.quiet)
-    except (TrakError, FileNotFoundError, ValueError) as err:
+    except (TrakError, OSError, ValueError) as err:  # OSError: unwritable or odd workdir
         print(f"trak-explorer: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

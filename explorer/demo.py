@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer.artifacts import ExplorerData, is_complete, save_explorer_data
+from explorer.artifacts import (
+    ArtifactError,
+    ExplorerData,
+    is_complete,
+    load_explorer_data,
+    save_explorer_data,
+)
 from explorer.datasets import DemoSplit, load_demo_split, to_tensor
 from explorer.models import build_model, count_parameters
 from explorer.training import init_model, predict, train_classifier
@@ -187,7 +193,10 @@ def build_demo(
     workdir = Path(workdir)
     check_reuse(workdir, config)
     if is_complete(workdir):
-        return json.loads((workdir / "explorer.json").read_text())
+        try:
+            return load_explorer_data(workdir).info
+        except ArtifactError as err:  # damaged after the build: redo the last stage
+            logger.warning("rebuilding the scores and index: %s", err)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "demo-config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     started = time.perf_counter()

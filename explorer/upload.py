@@ -29,14 +29,12 @@ from explorer.artifacts import ExplorerData, load_explorer_data
 from explorer.datasets import IMAGE_SIDE, to_tensor
 from explorer.demo import load_checkpoints, load_demo_config
 from explorer.training import init_model
-from trak_engine.api import make_projector
+from trak_engine.api import make_projector, project_examples
 from trak_engine.errors import ConfigMismatchError
 from trak_engine.fingerprints import checkpoint_fingerprint
-from trak_engine.gradients import per_example_gradients
 from trak_engine.index import TopK
 from trak_engine.projection import DEFAULT_MAX_BYTES
 from trak_engine.store import FeatureStore
-from trak_engine.structured import StructuredProjector
 
 logger = logging.getLogger(__name__)
 
@@ -317,11 +315,7 @@ class UploadAttributor:
         parts = []
         with self._lock:
             for model, projector in zip(self.models, self.projectors, strict=True):
-                if isinstance(projector, StructuredProjector):  # as featurize_split does
-                    projected, _ = projector.features(model, x, y)
-                else:
-                    grads, _ = per_example_gradients(model, x, y, self.trak.param_names)
-                    projected = projector.project(grads)
+                projected, _ = project_examples(model, projector, x, y, self.trak.param_names)
                 parts.append(projected[0].detach().numpy())  # (k,)
         return np.concatenate(parts).astype(np.float32)  # (M * k,)
 

@@ -60,7 +60,7 @@ def _decide(
         new_label = names.index(st.session_state[f"new_label_{train_id}"])
     try:
         book.decide(train_id, action, new_label)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # a bad label, or a workdir that cannot be written
         st.session_state[MESSAGE_KEY] = f"⚠️ Not saved: {exc}"
         return
     word = app_views.decision_text(book.get(train_id), names)
@@ -69,7 +69,11 @@ def _decide(
 
 
 def _undo(book: mislabel.TriageBook, train_id: int) -> None:
-    book.undo(train_id)
+    try:
+        book.undo(train_id)
+    except OSError as exc:
+        st.session_state[MESSAGE_KEY] = f"⚠️ Not saved: {exc}"
+        return
     st.session_state[MESSAGE_KEY] = f"↩️ #{train_id}: decision undone"
 
 

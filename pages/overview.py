@@ -87,8 +87,13 @@ def influence_section(data: ExplorerData) -> None:
             st.markdown(
                 f"- Most harmful pair: label **{names[worst[0]]}** on class "
                 f"**{names[worst[1]]}** ({off[worst]:+.3g})\n"
-                f"- Most helpful pair across classes: label **{names[best[0]]}** on class "
-                f"**{names[best[1]]}** ({off[best]:+.3g})"
+                + (
+                    f"- Most helpful pair across classes: label **{names[best[0]]}** on class "
+                    f"**{names[best[1]]}** ({off[best]:+.3g})"
+                    if off[best] > 0
+                    else f"- No pair across classes helps on average; the least harmful is "
+                    f"label **{names[best[0]]}** on class **{names[best[1]]}** ({off[best]:+.3g})"
+                )
             )
         st.caption(
             "Training labels are the ones the model was trained with, flipped ones included; "

@@ -106,6 +106,24 @@ def make_projector(
     )
 
 
+def project_examples(
+    model: nn.Module,
+    projector: Projector | StructuredProjector,
+    x: Tensor,
+    y: Tensor,
+    param_names: tuple[str, ...] | None,
+    offset: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Features (batch, k) float32 and Q (batch,) of a batch: projected margin gradients.
+
+    ``offset`` is the global index of the first example, for error messages.
+    """
+    if isinstance(projector, StructuredProjector):  # no per-example gradients formed
+        return projector.features(model, x, y, offset)
+    grads, q = per_example_gradients(model, x, y, param_names, offset)
+    return projector.project(grads), q
+
+
 def featurize_split(
     model: nn.Module,
     data: Data,
@@ -120,12 +138,9 @@ def featurize_split(
         feats, qs = [], []
         for lo in range(start, stop, batch_size):
             x, y = get_batch(data, lo, min(stop, lo + batch_size))
-            x, y = x.to(device), y.to(device)
-            if isinstance(projector, StructuredProjector):  # no per-example gradients formed
-                projected, q = projector.features(model, x, y, lo)
-            else:
-                grads, q = per_example_gradients(model, x, y, param_names, lo)
-                projected = projector.project(grads)
+            projected, q = project_examples(
+                model, projector, x.to(device), y.to(device), param_names, lo
+            )
             feats.append(projected.cpu())
             qs.append(q.cpu())
         return torch.cat(feats).numpy(), torch.cat(qs).numpy()

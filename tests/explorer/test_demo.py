@@ -59,3 +59,35 @@ def test_cli_reports_a_bad_workdir_without_traceback(built, capsys):
     assert main(["build", "--workdir", str(workdir), "--quiet"]) == 2  # default config differs
     err = capsys.readouterr().err
     assert "proj_dim" in err and "Traceback" not in err
+
+
+def test_damaged_artifact_is_named_and_rebuilt(built, tmp_path):
+    import shutil
+
+    from explorer.artifacts import ArtifactError
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(built[0], workdir)
+    scores = workdir / "scores.npy"
+    scores.write_bytes(scores.read_bytes()[:200])
+    with pytest.raises(ArtifactError, match=r"scores.npy cannot be read"):
+        load_explorer_data(workdir)
+    build_demo(workdir, TINY)  # checkpoints and features are reused; scores are rewritten
+    assert load_explorer_data(workdir).scores.shape == (30, 120)
+
+
+def test_cli_names_a_workdir_that_is_a_file_and_a_busy_port(tmp_path, capsys):
+    import socket
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    assert main(["build", "--workdir", str(afile / "sub"), "--quiet"]) == 2
+    assert str(afile) in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        from explorer.cli import check_port_free
+
+        with pytest.raises(OSError, match=f"port {port} on 127.0.0.1 is not available"):
+            check_port_free(port)
