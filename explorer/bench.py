@@ -235,8 +235,9 @@ def projected_rows(
 ) -> list[BenchRow]:
     """Every (lam, n_checkpoints) of ``grid`` at one proj_dim, then the kernel-free floor."""
     lams, checkpoints = grid
-    trak_config = TrakConfig(proj_dim=proj_dim, seed=config.proj_seed)
-    store_dir = workdir / "features" / f"k{proj_dim}"
+    trak_config = TrakConfig(proj_dim=proj_dim, seed=config.proj_seed, proj_type=config.proj_type)
+    kind = "" if config.proj_type == "gaussian" else f"{config.proj_type}-"
+    store_dir = workdir / "features" / f"{kind}k{proj_dim}"
     store, seconds = featurize_timed(store_dir, config, states, splits, trak_config, progress)
     split = next(name for name in splits if name != "train")
     rows = []

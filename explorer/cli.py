@@ -141,6 +141,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--checkpoints", type=int, nargs="+", default=[1, 3, 5], help="default: 1 3 5")
     cmd.add_argument("--proj-dim", type=int, nargs="+", default=[2048], help="default: 2048")
     cmd.add_argument(
+        "--proj-type",
+        default="khatri_rao",
+        help="projection (default: khatri_rao, the demo's; gaussian: dense)",
+    )
+    cmd.add_argument(
         "--lam",
         type=float,
         nargs="+",
@@ -157,6 +162,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 def bench_lds_command(args: argparse.Namespace) -> None:
     from explorer.bench import bench_lds, format_table
+    from explorer.demo import DemoConfig
     from explorer.lds_task import GroundTruthConfig
 
     truth = GroundTruthConfig(n_subsets=args.subsets, n_targets=args.targets)
@@ -164,6 +170,7 @@ def bench_lds_command(args: argparse.Namespace) -> None:
     try:
         rows = bench_lds(
             args.workdir,
+            demo_config=DemoConfig(proj_type=args.proj_type),
             truth_config=truth,
             proj_dims=args.proj_dim,
             lams=args.lam,

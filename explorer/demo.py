@@ -49,7 +49,8 @@ class DemoConfig:
     linear datamodeling score against 100 retrainings (docs/lds-demo.md): lam = 10 gives
     LDS 0.326 with 3 checkpoints where lam = 0.01 gives 0.131, below the 0.223 of kernel-free
     gradient products; k = 4096 is no better, k = 1024 is worse; 5 checkpoints reach 0.342
-    for about 40 s more of build time.
+    for about 40 s more of build time. The Khatri-Rao projection gives the same LDS (0.343 with
+    5 checkpoints) and featurizes a checkpoint in about 3 s instead of 15-45 s.
     """
 
     model: str = "cnn"
@@ -64,6 +65,7 @@ class DemoConfig:
     proj_dim: int = 2048
     lam: float = 10.0
     proj_seed: int = 0
+    proj_type: str = "khatri_rao"
 
     def __post_init__(self) -> None:
         if self.n_checkpoints < 1:
@@ -72,7 +74,9 @@ class DemoConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
 
     def trak_config(self) -> TrakConfig:
-        return TrakConfig(proj_dim=self.proj_dim, lam=self.lam, seed=self.proj_seed)
+        return TrakConfig(
+            proj_dim=self.proj_dim, lam=self.lam, seed=self.proj_seed, proj_type=self.proj_type
+        )
 
 
 def checkpoint_path(workdir: Path, m: int) -> Path:

@@ -20,9 +20,13 @@ class TrakConfig:
         proj_dim: k, the dimension of the projected gradients.
         lam: ridge term, relative to the mean eigenvalue of Phi^T Phi: the kernel is
             ``Phi^T Phi + lam * trace(Phi^T Phi) / k * I``. 0 means the paper's plain inverse;
-            the engine then refuses a rank-deficient kernel instead of returning noise.
+            the engine then refuses a rank-deficient kernel instead of returning noise. The
+            default 10 was chosen by the linear datamodeling score at k = 2048 (the best lam
+            grows with k, about k / 200: docs/lds-demo.md, docs/benchmarks.md).
         seed: base seed of the projection; checkpoint m uses a seed derived from (seed, m).
-        proj_type: ``"gaussian"`` or ``"rademacher"`` entries, scaled by ``1/sqrt(k)``;
+        proj_type: ``"khatri_rao"`` (the default: as good as a dense Gaussian matrix by the
+            linear datamodeling score and tens of times faster, docs/benchmarks.md),
+            ``"gaussian"`` or ``"rademacher"`` entries, scaled by ``1/sqrt(k)``;
             ``"none"`` uses the raw gradients as features (proj_dim must equal their size);
             ``"khatri_rao"`` or ``"kronecker"`` project ``nn.Linear`` layers from their inputs
             and output gradients without forming per-example gradients (see
@@ -34,9 +38,9 @@ class TrakConfig:
     """
 
     proj_dim: int = 2048
-    lam: float = 0.0
+    lam: float = 10.0
     seed: int = 0
-    proj_type: str = "gaussian"
+    proj_type: str = "khatri_rao"
     param_names: tuple[str, ...] | None = None
     model_output: str = "margin"
 

@@ -60,9 +60,11 @@ def test_square_projection_cancels_and_ignores_seed(mlp, tmp_path):
     """k = p, n > p, lam = 0: phi = P^T g and P is invertible, so P drops out."""
     ckpts = checkpoints(2)
     train, targets = tiny_data(90, seed=4), tiny_data(6, seed=5)
-    unprojected = attribute(mlp, ckpts, train, targets, TrakConfig(proj_dim=43, proj_type="none"))
+    unprojected = attribute(
+        mlp, ckpts, train, targets, TrakConfig(proj_dim=43, proj_type="none", lam=0.0)
+    )
     for seed in (0, 7):
-        config = TrakConfig(proj_dim=43, proj_type="gaussian", seed=seed)
+        config = TrakConfig(proj_dim=43, proj_type="gaussian", seed=seed, lam=0.0)
         projected = attribute(mlp, ckpts, train, targets, config, workdir=tmp_path / str(seed))
         assert_scores_close(projected.scores, unprojected.scores, SQUARE_RTOL)
 
@@ -92,7 +94,7 @@ def test_rank_deficient_end_to_end_names_the_fix(tmp_path):
             checkpoints(1, hidden=40),
             train,
             targets,
-            TrakConfig(proj_dim=256),
+            TrakConfig(proj_dim=256, lam=0.0, proj_type="gaussian"),
             workdir=tmp_path,
         )
     result = attribute(
@@ -100,7 +102,7 @@ def test_rank_deficient_end_to_end_names_the_fix(tmp_path):
         checkpoints(1, hidden=40),
         train,
         targets,
-        TrakConfig(proj_dim=256, lam=0.01),
+        TrakConfig(proj_dim=256, lam=0.01, proj_type="gaussian"),
         workdir=tmp_path,
     )
     assert np.isfinite(result.scores).all()
