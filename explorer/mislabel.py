@@ -33,7 +33,6 @@ import dataclasses
 import io
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from explorer.demo import load_checkpoints, load_demo_config
 from explorer.training import init_model, predict
 from trak_engine.errors import ConfigMismatchError
 from trak_engine.index import query_vectors
-from trak_engine.store import FeatureStore
+from trak_engine.store import FeatureStore, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -570,16 +569,6 @@ class TriageBook:
 
 
 def _write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode())
     return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -461,3 +462,28 @@ def top_k_frame(data: ExplorerData, helpful: Attribution, harmful: Attribution) 
 def top_k_csv(frame: pd.DataFrame) -> str:
     """CSV text of ``top_k_frame`` (no index column; scores with full float32 precision)."""
     return frame.to_csv(index=False, float_format="%.9g")
+
+
+def help_key_script(button_key: str) -> str:
+    """A script making "?" click the button with key ``button_key`` (a shortcut-list button).
+
+    Streamlit's own shortcuts take no punctuation keys; keys typed into inputs are ignored.
+    """
+    flag = "__trakHelpKey_" + re.sub(r"\W", "_", button_key)
+    return f"""<script>
+(() => {{
+  if (window.{flag}) return;
+  window.{flag} = true;
+  document.addEventListener("keydown", (event) => {{
+    if (event.key !== "?" || event.ctrlKey || event.metaKey || event.altKey) return;
+    const target = event.target;
+    if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)))
+      return;
+    const button = document.querySelector(".st-key-{button_key} button");
+    if (button) {{
+      event.preventDefault();
+      button.click();
+    }}
+  }});
+}})();
+</script>"""

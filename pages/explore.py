@@ -31,24 +31,7 @@ MAP_KEY = "train_map"
 MAX_SELECTED = 60  # training images shown for a map selection (the caption gives the count)
 SELECTED_SCALE = 3
 HELP_BUTTON_KEY = "shortcuts_help"
-HELP_KEY_SCRIPT = f"""<script>
-(() => {{
-  // "?" opens the shortcut list: Streamlit's own shortcuts take no punctuation keys.
-  if (window.__trakHelpKey) return;
-  window.__trakHelpKey = true;
-  document.addEventListener("keydown", (event) => {{
-    if (event.key !== "?" || event.ctrlKey || event.metaKey || event.altKey) return;
-    const target = event.target;
-    if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)))
-      return;
-    const button = document.querySelector(".st-key-{HELP_BUTTON_KEY} button");
-    if (button) {{
-      event.preventDefault();
-      button.click();
-    }}
-  }});
-}})();
-</script>"""
+HELP_KEY_SCRIPT = views.help_key_script(HELP_BUTTON_KEY)
 
 
 def _first_page() -> None:

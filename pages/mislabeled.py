@@ -26,24 +26,7 @@ TABLE_ROW_HEIGHT = 40
 CHART_CONFIG = {"displayModeBar": False}
 HELP_BUTTON_KEY = "triage_shortcuts_help"
 MESSAGE_KEY = "triage_message"
-HELP_KEY_SCRIPT = f"""<script>
-(() => {{
-  // "?" opens the shortcut list: Streamlit's own shortcuts take no punctuation keys.
-  if (window.__trakTriageHelpKey) return;
-  window.__trakTriageHelpKey = true;
-  document.addEventListener("keydown", (event) => {{
-    if (event.key !== "?" || event.ctrlKey || event.metaKey || event.altKey) return;
-    const target = event.target;
-    if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)))
-      return;
-    const button = document.querySelector(".st-key-{HELP_BUTTON_KEY} button");
-    if (button) {{
-      event.preventDefault();
-      button.click();
-    }}
-  }});
-}})();
-</script>"""
+HELP_KEY_SCRIPT = views.help_key_script(HELP_BUTTON_KEY)
 
 
 def _go_to(train_id: int | None) -> None:

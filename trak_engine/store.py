@@ -14,6 +14,7 @@ corrupts finished work.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -32,34 +33,31 @@ ChunkFn = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
 Progress = Callable[[int, int], None]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """Save an array through a temporary file and ``os.replace``."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` atomically."""
+    write_bytes_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode())
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Save an array in .npy format atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def describe_differences(
