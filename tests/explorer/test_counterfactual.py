@@ -6,20 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_demo import TINY
 
 from explorer import counterfactual as cf
-from explorer.artifacts import load_explorer_data
 from explorer.datasets import to_tensor
-from explorer.demo import DemoConfig, build_demo
-
-TINY = DemoConfig(n_train=80, n_test=20, n_checkpoints=2, epochs=1, proj_dim=32, lam=0.01)
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("demo")
-    build_demo(workdir, TINY)
-    return workdir, load_explorer_data(workdir)
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,14 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_demo import TINY
 
 from explorer import mislabel as ml
-from explorer.artifacts import load_explorer_data
-from explorer.demo import DemoConfig, build_demo
 from trak_engine.api import Attributor
 from trak_engine.store import FeatureStore
 
-TINY = DemoConfig(n_train=80, n_test=20, n_checkpoints=2, epochs=1, proj_dim=32, lam=0.01)
 FLOAT32_RTOL = 1e-4
 """Index vectors are float32; their dot products are compared with a float64 closed form."""
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("demo")
-    build_demo(workdir, TINY)
-    return workdir, load_explorer_data(workdir)
 
 
 # --- metrics ----------------------------------------------------------------------------

@@ -12,21 +12,11 @@ import torch
 from PIL import Image
 
 from explorer import upload as up
-from explorer.artifacts import load_explorer_data
-from explorer.demo import DemoConfig, build_demo
 from explorer.mislabel import load_index_vectors
 from trak_engine.errors import ConfigMismatchError
 
-TINY = DemoConfig(n_train=80, n_test=20, n_checkpoints=2, epochs=1, proj_dim=32, lam=0.01)
 FLOAT32_RTOL = 1e-4
 """One example's gradient vs the same example inside a batch: float32 rounding only."""
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("demo")
-    build_demo(workdir, TINY)
-    return workdir, load_explorer_data(workdir)
 
 
 @pytest.fixture(scope="module")
